@@ -1,0 +1,2 @@
+/** Cgroup driver: job partitions for libvirt (real: HostCgroups; fake: FakeCgroups). */
+export * from './cgroups.js';
