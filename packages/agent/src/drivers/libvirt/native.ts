@@ -86,92 +86,110 @@ export interface NativeError {
   message: string;
 }
 
-const lib = koffi.load('libvirt.so.0');
-const libc = koffi.load('libc.so.6');
-
-// Strings libvirt returns with ownership (malloc'ed): koffi decodes them then calls free().
-koffi.disposable('virOwnedStr', 'str');
-const VirError = koffi.struct('virError', {
-  code: 'int',
-  domain: 'int',
-  message: 'str',
-  level: 'int',
-  conn: 'void *',
-  dom: 'void *',
-  str1: 'str',
-  str2: 'str',
-  str3: 'str',
-  int1: 'int',
-  int2: 'int',
-  net: 'void *',
-});
-// Named, so that prototypes can say `virDomainInfo *`.
-koffi.struct('virDomainInfo', {
-  state: 'unsigned char',
-  maxMem: 'unsigned long',
-  memory: 'unsigned long',
-  nrVirtCpu: 'unsigned short',
-  cpuTime: 'unsigned long long',
-});
-const LifecycleCallback = koffi.proto('int virConnectDomainEventCallback(void *conn, void *dom, int event, int detail, void *opaque)');
-
-const f = {
-  virConnectOpen: lib.func('void *virConnectOpen(const char *name)'),
-  virConnectClose: lib.func('int virConnectClose(void *conn)'),
-  virConnectIsAlive: lib.func('int virConnectIsAlive(void *conn)'),
-  virConnectGetLibVersion: lib.func('int virConnectGetLibVersion(void *conn, _Out_ unsigned long *libVer)'),
-  virConnectListAllDomains: lib.func('int virConnectListAllDomains(void *conn, _Out_ void **domains, unsigned int flags)'),
-  virDomainCreateXML: lib.func('void *virDomainCreateXML(void *conn, const char *xml, unsigned int flags)'),
-  virDomainDefineXML: lib.func('void *virDomainDefineXML(void *conn, const char *xml)'),
-  virDomainCreate: lib.func('int virDomainCreate(void *dom)'),
-  virDomainUndefine: lib.func('int virDomainUndefine(void *dom)'),
-  virDomainUndefineFlags: lib.func('int virDomainUndefineFlags(void *dom, unsigned int flags)'),
-  virDomainGetInfo: lib.func('int virDomainGetInfo(void *dom, _Out_ virDomainInfo *info)'),
-  virDomainIsPersistent: lib.func('int virDomainIsPersistent(void *dom)'),
-  virDomainLookupByName: lib.func('void *virDomainLookupByName(void *conn, const char *name)'),
-  virDomainDestroy: lib.func('int virDomainDestroy(void *dom)'),
-  virDomainDestroyFlags: lib.func('int virDomainDestroyFlags(void *dom, unsigned int flags)'),
-  virDomainFree: lib.func('int virDomainFree(void *dom)'),
-  virDomainGetName: lib.func('const char *virDomainGetName(void *dom)'),
-  virDomainGetID: lib.func('unsigned int virDomainGetID(void *dom)'),
-  virDomainGetState: lib.func('int virDomainGetState(void *dom, _Out_ int *state, _Out_ int *reason, unsigned int flags)'),
-  virDomainGetXMLDesc: lib.func('virOwnedStr virDomainGetXMLDesc(void *dom, unsigned int flags)'),
-  virDomainGetMetadata: lib.func('virOwnedStr virDomainGetMetadata(void *dom, int type, const char *uri, unsigned int flags)'),
-  virDomainSetMemoryParameters: lib.func('int virDomainSetMemoryParameters(void *dom, void *params, int nparams, unsigned int flags)'),
-  virDomainSetSchedulerParametersFlags: lib.func('int virDomainSetSchedulerParametersFlags(void *dom, void *params, int nparams, unsigned int flags)'),
-  virTypedParamsAddULLong: lib.func(
-    'int virTypedParamsAddULLong(_Inout_ void **params, _Inout_ int *nparams, _Inout_ int *maxparams, const char *name, unsigned long long value)',
-  ),
-  virTypedParamsAddLLong: lib.func(
-    'int virTypedParamsAddLLong(_Inout_ void **params, _Inout_ int *nparams, _Inout_ int *maxparams, const char *name, long long value)',
-  ),
-  virTypedParamsFree: lib.func('void virTypedParamsFree(void *params, int nparams)'),
-  virSetErrorFunc: lib.func('void virSetErrorFunc(void *userData, void *handler)'),
-  virGetLastError: lib.func('virError *virGetLastError()'),
-  virGetLastErrorMessage: lib.func('const char *virGetLastErrorMessage()'),
-  virResetLastError: lib.func('void virResetLastError()'),
-  virConnGetLastError: lib.func('virError *virConnGetLastError(void *conn)'),
-  virConnResetLastError: lib.func('void virConnResetLastError(void *conn)'),
-  virEventRegisterDefaultImpl: lib.func('int virEventRegisterDefaultImpl()'),
-  virEventRunDefaultImpl: lib.func('int virEventRunDefaultImpl()'),
-  virEventAddTimeout: lib.func('int virEventAddTimeout(int timeout, void *cb, void *opaque, void *ff)'),
-  virEventRemoveTimeout: lib.func('int virEventRemoveTimeout(int timer)'),
-  virConnectDomainEventRegisterAny: lib.func(
-    'int virConnectDomainEventRegisterAny(void *conn, void *dom, int eventID, virConnectDomainEventCallback *cb, void *opaque, void *freecb)',
-  ),
-  virConnectDomainEventDeregisterAny: lib.func('int virConnectDomainEventDeregisterAny(void *conn, int callbackID)'),
-  free: libc.func('void free(void *ptr)'),
-};
-
 /*
- * A C function that does nothing with any arguments, passed where libvirt wants a callback
- * we do not need in JS: the error handler (`void (*)(void *, virErrorPtr)`, called as
- * free(NULL, err) → free(NULL), a no-op, on whatever thread failed) and the event-loop tick
- * (`void (*)(int, void *)`). With x86-64/aarch64 C calling conventions extra arguments are
- * ignored. This avoids koffi callbacks on libvirt's (foreign) threads altogether.
+ * libvirt.so.0 is loaded on first use, not at import: a process that never talks to libvirt
+ * (unit tests, `--help`, a machine where libvirt is not installed yet) must not need it.
  */
-const NOOP_ERROR_HANDLER: Ptr = libc.symbol('free') as Ptr;
-const SCHED_YIELD: Ptr = libc.symbol('sched_yield') as Ptr;
+function loadNative() {
+  let lib: KoffiModule.LibraryHandle;
+  try {
+    lib = koffi.load('libvirt.so.0');
+  } catch (err) {
+    throw new Error(`cannot load libvirt.so.0 (${(err as Error).message}): install Debian's libvirt0 (infra/local/up.sh does)`);
+  }
+  const libc = koffi.load('libc.so.6');
+
+  // Strings libvirt returns with ownership (malloc'ed): koffi decodes them then calls free().
+  koffi.disposable('virOwnedStr', 'str');
+  const VirError = koffi.struct('virError', {
+    code: 'int',
+    domain: 'int',
+    message: 'str',
+    level: 'int',
+    conn: 'void *',
+    dom: 'void *',
+    str1: 'str',
+    str2: 'str',
+    str3: 'str',
+    int1: 'int',
+    int2: 'int',
+    net: 'void *',
+  });
+  // Named, so that prototypes can say `virDomainInfo *`.
+  koffi.struct('virDomainInfo', {
+    state: 'unsigned char',
+    maxMem: 'unsigned long',
+    memory: 'unsigned long',
+    nrVirtCpu: 'unsigned short',
+    cpuTime: 'unsigned long long',
+  });
+  const LifecycleCallback = koffi.proto('int virConnectDomainEventCallback(void *conn, void *dom, int event, int detail, void *opaque)');
+
+  const f = {
+    virConnectOpen: lib.func('void *virConnectOpen(const char *name)'),
+    virConnectClose: lib.func('int virConnectClose(void *conn)'),
+    virConnectIsAlive: lib.func('int virConnectIsAlive(void *conn)'),
+    virConnectGetLibVersion: lib.func('int virConnectGetLibVersion(void *conn, _Out_ unsigned long *libVer)'),
+    virConnectListAllDomains: lib.func('int virConnectListAllDomains(void *conn, _Out_ void **domains, unsigned int flags)'),
+    virDomainCreateXML: lib.func('void *virDomainCreateXML(void *conn, const char *xml, unsigned int flags)'),
+    virDomainDefineXML: lib.func('void *virDomainDefineXML(void *conn, const char *xml)'),
+    virDomainCreate: lib.func('int virDomainCreate(void *dom)'),
+    virDomainUndefine: lib.func('int virDomainUndefine(void *dom)'),
+    virDomainUndefineFlags: lib.func('int virDomainUndefineFlags(void *dom, unsigned int flags)'),
+    virDomainGetInfo: lib.func('int virDomainGetInfo(void *dom, _Out_ virDomainInfo *info)'),
+    virDomainIsPersistent: lib.func('int virDomainIsPersistent(void *dom)'),
+    virDomainLookupByName: lib.func('void *virDomainLookupByName(void *conn, const char *name)'),
+    virDomainDestroy: lib.func('int virDomainDestroy(void *dom)'),
+    virDomainDestroyFlags: lib.func('int virDomainDestroyFlags(void *dom, unsigned int flags)'),
+    virDomainFree: lib.func('int virDomainFree(void *dom)'),
+    virDomainGetName: lib.func('const char *virDomainGetName(void *dom)'),
+    virDomainGetID: lib.func('unsigned int virDomainGetID(void *dom)'),
+    virDomainGetState: lib.func('int virDomainGetState(void *dom, _Out_ int *state, _Out_ int *reason, unsigned int flags)'),
+    virDomainGetXMLDesc: lib.func('virOwnedStr virDomainGetXMLDesc(void *dom, unsigned int flags)'),
+    virDomainGetMetadata: lib.func('virOwnedStr virDomainGetMetadata(void *dom, int type, const char *uri, unsigned int flags)'),
+    virDomainSetMemoryParameters: lib.func('int virDomainSetMemoryParameters(void *dom, void *params, int nparams, unsigned int flags)'),
+    virDomainSetSchedulerParametersFlags: lib.func('int virDomainSetSchedulerParametersFlags(void *dom, void *params, int nparams, unsigned int flags)'),
+    virTypedParamsAddULLong: lib.func(
+      'int virTypedParamsAddULLong(_Inout_ void **params, _Inout_ int *nparams, _Inout_ int *maxparams, const char *name, unsigned long long value)',
+    ),
+    virTypedParamsAddLLong: lib.func(
+      'int virTypedParamsAddLLong(_Inout_ void **params, _Inout_ int *nparams, _Inout_ int *maxparams, const char *name, long long value)',
+    ),
+    virTypedParamsFree: lib.func('void virTypedParamsFree(void *params, int nparams)'),
+    virSetErrorFunc: lib.func('void virSetErrorFunc(void *userData, void *handler)'),
+    virGetLastError: lib.func('virError *virGetLastError()'),
+    virGetLastErrorMessage: lib.func('const char *virGetLastErrorMessage()'),
+    virResetLastError: lib.func('void virResetLastError()'),
+    virConnGetLastError: lib.func('virError *virConnGetLastError(void *conn)'),
+    virConnResetLastError: lib.func('void virConnResetLastError(void *conn)'),
+    virEventRegisterDefaultImpl: lib.func('int virEventRegisterDefaultImpl()'),
+    virEventRunDefaultImpl: lib.func('int virEventRunDefaultImpl()'),
+    virEventAddTimeout: lib.func('int virEventAddTimeout(int timeout, void *cb, void *opaque, void *ff)'),
+    virEventRemoveTimeout: lib.func('int virEventRemoveTimeout(int timer)'),
+    virConnectDomainEventRegisterAny: lib.func(
+      'int virConnectDomainEventRegisterAny(void *conn, void *dom, int eventID, virConnectDomainEventCallback *cb, void *opaque, void *freecb)',
+    ),
+    virConnectDomainEventDeregisterAny: lib.func('int virConnectDomainEventDeregisterAny(void *conn, int callbackID)'),
+    free: libc.func('void free(void *ptr)'),
+  };
+
+  /*
+   * A C function that does nothing with any arguments, passed where libvirt wants a callback
+   * we do not need in JS: the error handler (`void (*)(void *, virErrorPtr)`, called as
+   * free(NULL, err) → free(NULL), a no-op, on whatever thread failed) and the event-loop tick
+   * (`void (*)(int, void *)`). With x86-64/aarch64 C calling conventions extra arguments are
+   * ignored. This avoids koffi callbacks on libvirt's (foreign) threads altogether.
+   */
+  const NOOP_ERROR_HANDLER: Ptr = libc.symbol('free') as Ptr;
+  const SCHED_YIELD: Ptr = libc.symbol('sched_yield') as Ptr;
+  return { f, VirError, LifecycleCallback, NOOP_ERROR_HANDLER, SCHED_YIELD };
+}
+
+type Native = ReturnType<typeof loadNative>;
+let loaded: Native | undefined;
+const native = (): Native => (loaded ??= loadNative());
+/** The C functions, resolved (and the library loaded) on first access. */
+const f = new Proxy({} as Native['f'], { get: (_t, name) => native().f[name as keyof Native['f']] });
 
 function promisify<T>(fn: { async: (...args: unknown[]) => void }, ...args: unknown[]): Promise<T> {
   return new Promise((resolve, reject) => {
@@ -183,13 +201,13 @@ let errorFuncInstalled = false;
 /** Stops libvirt from printing errors on stderr (they are read and converted instead). */
 export function silenceLibvirtErrors(): void {
   if (errorFuncInstalled) return;
-  f.virSetErrorFunc(null, NOOP_ERROR_HANDLER);
+  f.virSetErrorFunc(null, native().NOOP_ERROR_HANDLER);
   errorFuncInstalled = true;
 }
 
 function readError(p: unknown): NativeError | undefined {
   if (p === null || p === undefined) return undefined;
-  const e = koffi.decode(p, VirError) as { code: number; domain: number; message: string | null };
+  const e = koffi.decode(p, native().VirError) as { code: number; domain: number; message: string | null };
   if (e.code === 0) return undefined;
   return { code: e.code, domain: e.domain, message: e.message ?? `libvirt error ${e.code}` };
 }
@@ -307,7 +325,7 @@ export const nativeEventLoop = {
   registerDefaultImpl: (): number => f.virEventRegisterDefaultImpl() as number,
   runDefaultImpl: (): number => f.virEventRunDefaultImpl() as number,
   /** A timer that only makes `runDefaultImpl` return every `ms` (its callback is a no-op C function). */
-  addTick: (ms: number): number => f.virEventAddTimeout(ms, SCHED_YIELD, null, null) as number,
+  addTick: (ms: number): number => f.virEventAddTimeout(ms, native().SCHED_YIELD, null, null) as number,
   removeTimeout: (timer: number): number => f.virEventRemoveTimeout(timer) as number,
   connectOpen: (uri: string): Ptr | null => f.virConnectOpen(uri) as Ptr | null,
   connectClose: (conn: Ptr): number => f.virConnectClose(conn) as number,
@@ -329,7 +347,7 @@ export const nativeEventLoop = {
         // never let an exception cross into C
       }
       return 0;
-    }, koffi.pointer(LifecycleCallback));
+    }, koffi.pointer(native().LifecycleCallback));
     const id = f.virConnectDomainEventRegisterAny(conn, null, VIR_DOMAIN_EVENT_ID_LIFECYCLE, cb, null, null) as number;
     return { id, release: () => koffi.unregister(cb) };
   },
