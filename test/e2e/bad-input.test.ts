@@ -16,7 +16,6 @@ import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  AgentServiceClient,
   AgentServiceService,
   HookServiceService,
   ImageServiceService,
@@ -28,8 +27,8 @@ import {
   UserServiceService,
   VolumeServiceService,
 } from '@oarcloud/api';
-import { bearer, callUnary, isId } from '@oarcloud/common';
-import { AGENT_ADDRESSES, agentCredentials, CONTROLLER_ADDRESS, grpcHealth, localStateDir, needPath, needRoot, prerequisites, userToken, waitServing } from '@oarcloud/testkit';
+import { bearer, callUnary, isId, tlsChannelOptions } from '@oarcloud/common';
+import { AGENT_ADDRESSES, agentClient, agentCredentials, CONTROLLER_ADDRESS, grpcHealth, localStateDir, needPath, needRoot, prerequisites, userToken, waitServing } from '@oarcloud/testkit';
 
 const STATE = localStateDir();
 const p = prerequisites('bad input e2e', [needRoot, needPath(`${STATE}/controller/admin.token`)]);
@@ -104,7 +103,7 @@ describe.skipIf(!p.ok)('bad input - the live servers answer every malformed call
   let alice = '';
   let admin = '';
   const controller = new grpc.Client(CONTROLLER_ADDRESS, grpc.credentials.createInsecure());
-  const agents = Object.values(AGENT_ADDRESSES).map((a) => new grpc.Client(a, agentCredentials()));
+  const agents = Object.values(AGENT_ADDRESSES).map((a) => new grpc.Client(a, agentCredentials(), tlsChannelOptions(a)));
   const md = (token: string): grpc.Metadata => bearer(token);
 
   /** What exists, as the admin sees it: ids of jobs, instances, networks, images, volumes, users. */
@@ -187,7 +186,7 @@ describe.skipIf(!p.ok)('bad input - the live servers answer every malformed call
   });
 
   it('agents: malformed instance and job ids get a clean error (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED for an oversized message), nothing is created', async () => {
-    const typed = Object.values(AGENT_ADDRESSES).map((a) => new AgentServiceClient(a, agentCredentials()));
+    const typed = Object.values(AGENT_ADDRESSES).map((a) => agentClient(a));
     const listAll = async (): Promise<string[]> => {
       const ids: string[] = [];
       for (const a of typed) ids.push(...(await callUnary(a.listInstances.bind(a), { jobId: 0 })).instances.map((i) => i.spec?.id ?? '?'));

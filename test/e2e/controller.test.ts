@@ -8,9 +8,9 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { credentials, status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentServiceClient, HookServiceClient, InstanceServiceClient, JobServiceClient, JobState, Role, UserServiceClient, type Instance } from '@oarcloud/api';
+import { HookServiceClient, InstanceServiceClient, JobServiceClient, JobState, Role, UserServiceClient, type Instance } from '@oarcloud/api';
 import { bearer, callUnary, parseCpuset, UnimplementedError } from '@oarcloud/common';
-import { agentCredentials, CLUSTER_IMAGE, grpcHealth, integrationRequired, localStateDir, needCommand, needPath, needRoot, prerequisites, waitFor } from '@oarcloud/testkit';
+import { agentClient, CLUSTER_IMAGE, grpcHealth, integrationRequired, localStateDir, needCommand, needPath, needRoot, prerequisites, waitFor } from '@oarcloud/testkit';
 import { loadControllerConfig } from '../../packages/controller/src/config.js';
 import { adminToken, audit, liveOarJobs } from '../faults/world.js';
 
@@ -44,7 +44,7 @@ describe.skipIf(!p.ok)('controller e2e - OAR jobs drive instances on the local c
   const inst = new InstanceServiceClient(CONTROLLER, c);
   const users = new UserServiceClient(CONTROLLER, c);
   const hooks = new HookServiceClient(CONTROLLER, c);
-  const agents = Object.fromEntries((config?.agents ?? []).map((a) => [a.name, new AgentServiceClient(a.address, agentCredentials(a.name))]));
+  const agents = Object.fromEntries((config?.agents ?? []).map((a) => [a.name, agentClient(a.address, a.name)]));
   let alice = '';
   /** Why the instance parts cannot run yet ('' when they can). */
   let instancesBlocked = '';

@@ -14,9 +14,9 @@ import { existsSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { credentials, status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentServiceClient, ImageServiceClient, InstanceServiceClient, InstanceState, JobServiceClient, JobState, VolumeServiceClient, type Instance } from '@oarcloud/api';
+import { ImageServiceClient, InstanceServiceClient, InstanceState, JobServiceClient, JobState, VolumeServiceClient, type Instance } from '@oarcloud/api';
 import { bearer, callUnary } from '@oarcloud/common';
-import { agentCredentials, AGENT_ADDRESSES, CLUSTER_IMAGE, CONTROLLER_ADDRESS, localStateDir, needCommand, needPath, needRoot, oarsub, prerequisites, userToken, waitFor } from '@oarcloud/testkit';
+import { agentClient, AGENT_ADDRESSES, CLUSTER_IMAGE, CONTROLLER_ADDRESS, localStateDir, needCommand, needPath, needRoot, oarsub, prerequisites, userToken, waitFor } from '@oarcloud/testkit';
 
 const STATE = localStateDir();
 const p = prerequisites('images e2e', [
@@ -37,7 +37,7 @@ describe.skipIf(!p.ok)('images e2e - save, distribute and run images; volumes ac
   const inst = new InstanceServiceClient(CONTROLLER_ADDRESS, c);
   const images = new ImageServiceClient(CONTROLLER_ADDRESS, c);
   const volumes = new VolumeServiceClient(CONTROLLER_ADDRESS, c);
-  const agents = Object.fromEntries(Object.entries(AGENT_ADDRESSES).map(([n, a]) => [n, new AgentServiceClient(a, agentCredentials(n))]));
+  const agents = Object.fromEntries(Object.entries(AGENT_ADDRESSES).map(([n, a]) => [n, agentClient(a, n)]));
   const tag = randomBytes(3).toString('hex');
   const savedName = `mytiny:${tag}`;
   const volName = `data-${tag}`;

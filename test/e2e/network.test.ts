@@ -15,10 +15,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import { writeFileSync, rmSync } from 'node:fs';
 import { credentials, status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentServiceClient, InstanceServiceClient, InstanceState, NetworkServiceClient, type ConnectFrame, type Instance } from '@oarcloud/api';
+import { InstanceServiceClient, InstanceState, NetworkServiceClient, type ConnectFrame, type Instance } from '@oarcloud/api';
 import { bearer, callUnary } from '@oarcloud/common';
 import {
-  agentCredentials,
+  agentClient,
   agentInstancesOf,
   CLUSTER_IMAGE,
   AGENT_ADDRESSES,
@@ -91,7 +91,7 @@ describe.skipIf(!p.ok)('network e2e - private networks across emulated hosts', (
   const c = credentials.createInsecure();
   const inst = new InstanceServiceClient(CONTROLLER_ADDRESS, c);
   const nets = new NetworkServiceClient(CONTROLLER_ADDRESS, c);
-  const agents = Object.fromEntries(Object.entries(AGENT_ADDRESSES).map(([n, a]) => [n, new AgentServiceClient(a, agentCredentials(n))]));
+  const agents = Object.fromEntries(Object.entries(AGENT_ADDRESSES).map(([n, a]) => [n, agentClient(a, n)]));
   let alice = '';
   let bob = '';
   const md = (token = alice) => ({ metadata: bearer(token), timeoutMs: 30_000 });

@@ -12,9 +12,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { credentials } from '@grpc/grpc-js';
-import { AgentServiceClient, InstanceState, NetworkServiceClient, type Instance } from '@oarcloud/api';
+import { InstanceState, NetworkServiceClient, type Instance } from '@oarcloud/api';
 import { bearer, callUnary } from '@oarcloud/common';
-import { AGENT_ADDRESSES, agentCredentials, CONTROLLER_ADDRESS, localStateDir, sh } from '@oarcloud/testkit';
+import { AGENT_ADDRESSES, agentClient, CONTROLLER_ADDRESS, localStateDir, sh } from '@oarcloud/testkit';
 
 const STATE = localStateDir();
 /** Every ovsdb of the local cluster: the host's (default socket) and each emulated node's. */
@@ -35,7 +35,7 @@ export function liveOarJobs(): Map<number, string> {
 export async function agentInstances(): Promise<Map<string, Instance[]>> {
   const entries = await Promise.all(
     Object.entries(AGENT_ADDRESSES).map(async ([node, address]) => {
-      const a = new AgentServiceClient(address, agentCredentials());
+      const a = agentClient(address);
       try {
         return [node, (await callUnary(a.listInstances.bind(a), { jobId: 0 }, { timeoutMs: 5000 })).instances] as const;
       } finally {

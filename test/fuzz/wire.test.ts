@@ -108,7 +108,7 @@ interface RawOutcome {
 function raw(address: string, path: string, body: Buffer, opts: { headers?: Record<string, string>; token?: string; reset?: boolean; endStream?: boolean; tls?: { ca: Buffer; cert: Buffer; key: Buffer } } = {}): Promise<RawOutcome> {
   return new Promise((resolve) => {
     const session = opts.tls
-      ? http2.connect(`https://${address}`, { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, checkServerIdentity: () => undefined })
+      ? http2.connect(`https://${address}`, { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, servername: 'oarcloud', checkServerIdentity: () => undefined })
       : http2.connect(`http://${address}`);
     const out: RawOutcome = {};
     const timer = setTimeout(() => finish({ error: 'no answer in 15 s' }), 15_000);

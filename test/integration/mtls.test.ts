@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentServiceClient } from '@oarcloud/api';
-import { loadTlsMaterial, mtlsChannelCredentials, nullLogger, type TlsMaterial } from '@oarcloud/common';
+import { loadTlsMaterial, mtlsChannelCredentials, nullLogger, tlsChannelOptions, type TlsMaterial } from '@oarcloud/common';
 import { freePort, grpcHealth, launchDaemon, localStateDir, needCommand, needPath, needRoot, prerequisites, type DaemonProcess } from '@oarcloud/testkit';
 import { GrpcAgents } from '../../packages/controller/src/agents/grpc-pool.js';
 
@@ -49,7 +49,7 @@ function presenting(d: string, base: string): grpc.ChannelCredentials {
 
 /** The raw gRPC status code of AgentService/ListInstances through `creds` (0 = OK). */
 function listCode(address: string, creds: grpc.ChannelCredentials): Promise<grpc.status> {
-  const c = new AgentServiceClient(address, creds);
+  const c = new AgentServiceClient(address, creds, tlsChannelOptions(address));
   return new Promise((resolve) => {
     c.listInstances({ jobId: 0 }, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (err) => {
       c.close();

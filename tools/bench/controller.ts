@@ -19,9 +19,9 @@ import { promisify } from 'node:util';
 import { credentials } from '@grpc/grpc-js';
 import { connect } from '@nats-io/transport-node';
 import pg from 'pg';
-import { AgentServiceClient, InstanceEvent, InstanceState, JobServiceClient, Role, UserServiceClient } from '@oarcloud/api';
+import { InstanceEvent, InstanceState, JobServiceClient, Role, UserServiceClient } from '@oarcloud/api';
 import { bearer, callUnary, subjects } from '@oarcloud/common';
-import { agentCredentials, localStateDir, tinyImage, waitFor } from '@oarcloud/testkit';
+import { agentClient, localStateDir, tinyImage, waitFor } from '@oarcloud/testkit';
 import type { BenchContext } from './agent.js';
 import { quantile } from './results.js';
 
@@ -36,7 +36,7 @@ export async function benchController(ctx: BenchContext): Promise<void> {
   const creds = credentials.createInsecure();
   const users = new UserServiceClient(CONTROLLER, creds);
   const jobs = new JobServiceClient(CONTROLLER, creds);
-  const agents = Object.fromEntries(Object.entries(AGENTS).map(([n, a]) => [n, new AgentServiceClient(a, agentCredentials(n))]));
+  const agents = Object.fromEntries(Object.entries(AGENTS).map(([n, a]) => [n, agentClient(a, n)]));
   const admin = { metadata: bearer(readFileSync(join(state, 'controller/admin.token'), 'utf8').trim()) };
   const list = await callUnary(users.listUsers.bind(users), {}, admin);
   const tok = list.users.some((u) => u.name === 'alice')

@@ -17,9 +17,9 @@ import { mkdirSync, readFileSync, rmSync, writeFileSync, existsSync, renameSync 
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { credentials } from '@grpc/grpc-js';
-import { AgentServiceClient, ImageServiceClient, InstanceServiceClient, InstanceState, JobServiceClient, JobState, type InstanceSpec } from '@oarcloud/api';
+import { ImageServiceClient, InstanceServiceClient, InstanceState, JobServiceClient, JobState, type InstanceSpec } from '@oarcloud/api';
 import { bearer, callUnary, nullLogger } from '@oarcloud/common';
-import { agentCredentials, AGENT_ADDRESSES, CONTROLLER_ADDRESS, localStateDir, oarsub, tinyImage, debianImage, userToken, waitFor, type BuiltImage } from '@oarcloud/testkit';
+import { agentClient, AGENT_ADDRESSES, CONTROLLER_ADDRESS, localStateDir, oarsub, tinyImage, debianImage, userToken, waitFor, type BuiltImage } from '@oarcloud/testkit';
 import { domainName, domainXml, HostCgroups, OverlayRootfs } from '../../packages/agent/src/index.js';
 import type { BenchContext } from './agent.js';
 import { benchIdPrefix, startBenchAgent } from './bench-agent.js';
@@ -149,7 +149,7 @@ async function save(ctx: BenchContext, state: string): Promise<void> {
   const jobs = new JobServiceClient(CONTROLLER_ADDRESS, c);
   const inst = new InstanceServiceClient(CONTROLLER_ADDRESS, c);
   const images = new ImageServiceClient(CONTROLLER_ADDRESS, c);
-  const agent = new AgentServiceClient(AGENT_ADDRESSES['node-1']!, agentCredentials('node-1'));
+  const agent = agentClient(AGENT_ADDRESSES['node-1']!, 'node-1');
   const md = { metadata: bearer(await userToken('alice')), timeoutMs: 120_000 };
   const jobId = oarsub('alice', ['-t', 'cloud', '-l', 'host=1/core=1,walltime=0:15:00', '-p', "network_address='node-1'", 'sleep 900']);
   const names: string[] = [];

@@ -8,7 +8,6 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { credentials } from '@grpc/grpc-js';
 import {
-  AgentServiceClient,
   InstanceServiceClient,
   InstanceState,
   JobServiceClient,
@@ -17,8 +16,8 @@ import {
   UserServiceClient,
   type Instance,
 } from '@oarcloud/api';
-import { bearer, callUnary, parseCpuset, tlsChannelOptions } from '@oarcloud/common';
-import { agentCredentials, localStateDir, waitFor } from '@oarcloud/testkit';
+import { bearer, callUnary, parseCpuset } from '@oarcloud/common';
+import { agentClient, localStateDir, waitFor } from '@oarcloud/testkit';
 
 const STATE = localStateDir();
 const CONTROLLER = '127.0.0.1:17000';
@@ -28,12 +27,6 @@ const elapsed = (): string => `${((performance.now() - t0) / 1000).toFixed(1).pa
 const say = (msg: string): void => console.log(`[${elapsed()}] ${msg}`);
 
 const creds = credentials.createInsecure();
-// As the controller dials its agents: mutual TLS when the cluster has a PKI, with the TLS
-// server name `oarcloud` for an IP address (Node warns about an IP as server name, DEP0123).
-const agentClient = (address: string): AgentServiceClient => {
-  const c = agentCredentials();
-  return new AgentServiceClient(address, c, c._isSecure() ? tlsChannelOptions(address) : {});
-};
 const users = new UserServiceClient(CONTROLLER, creds);
 const jobs = new JobServiceClient(CONTROLLER, creds);
 const instances = new InstanceServiceClient(CONTROLLER, creds);

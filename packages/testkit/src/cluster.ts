@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
 import { AgentServiceClient, Role, UserServiceClient, type Instance } from '@oarcloud/api';
-import { bearer, callUnary, loadTlsMaterial, mtlsChannelCredentials } from '@oarcloud/common';
+import { bearer, callUnary, loadTlsMaterial, mtlsChannelCredentials, tlsChannelOptions } from '@oarcloud/common';
 import { grpcHealth } from './grpc.js';
 import { localStateDir } from './prereq.js';
 import { waitFor } from './wait.js';
@@ -51,6 +51,15 @@ export function agentCredentials(node?: string): ChannelCredentials {
     agentCreds.set(key, c);
   }
   return c;
+}
+
+/**
+ * A client of the agent at `address`, with agentCredentials(node) and, over TLS, the server
+ * name that an IP address cannot be (tlsChannelOptions).
+ */
+export function agentClient(address: string, node?: string): AgentServiceClient {
+  const creds = agentCredentials(node);
+  return new AgentServiceClient(address, creds, creds._isSecure() ? tlsChannelOptions(address) : {});
 }
 
 /** True if `address` is one of the local cluster's agents. */
@@ -100,7 +109,7 @@ export async function userToken(name: string): Promise<string> {
 export async function agentInstancesOf(jobId: number): Promise<Instance[]> {
   const all = await Promise.all(
     Object.entries(AGENT_ADDRESSES).map(async ([, address]) => {
-      const a = new AgentServiceClient(address, agentCredentials());
+      const a = agentClient(address);
       try {
         return (await callUnary(a.listInstances.bind(a), { jobId }, { timeoutMs: 5000 })).instances;
       } finally {
