@@ -141,6 +141,24 @@ describe('controller - services, lifecycle and reconcile against fake agents and
     expect((await callUnary(c.jobs.listJobs.bind(c.jobs), { allUsers: true }, md(admin))).jobs.map((j) => j.id)).toContain(job.id);
   });
 
+  it('get job - a live cloud job no event brought is learnt from OAR; an ended one the store never knew is NOT_FOUND and not recorded', async () => {
+    const all = async () => (await callUnary(c.jobs.listJobs.bind(c.jobs), { allUsers: true }, md(admin))).jobs.map((j) => j.id).sort();
+    const live = 2_000_000 + Math.floor(Math.random() * 1e6);
+    const ended = live + 1;
+    oar.addJob({ id: live, user: 'alice', state: 'Running', hosts: [{ node: 'node-1', cpuset: '1', cores: 1 }] });
+    oar.addJob({ id: ended, user: 'alice', state: 'Terminated', stopTime: 1 });
+    const before = await all();
+    expect(before).not.toContain(live);
+    expect(await callUnary(c.jobs.getJob.bind(c.jobs), { id: live }, md(alice))).toMatchObject({ id: live, owner: 'alice', state: JobState.JOB_STATE_RUNNING });
+    // A read, by the owner, a stranger or the admin, of an old job changes nothing.
+    for (const t of [alice, bob, admin]) expect(await codeOf(callUnary(c.jobs.getJob.bind(c.jobs), { id: ended }, md(t)))).toBe(status.NOT_FOUND);
+    expect(await codeOf(callUnary(c.jobs.release.bind(c.jobs), { id: ended }, md(alice)))).toBe(status.NOT_FOUND);
+    expect(await all()).toEqual([...before, live].sort());
+    // The hooks still learn an ended job (a store that lost it must still tear it down).
+    await callUnary(c.hooks.jobEvent.bind(c.hooks), { kind: HookKind.HOOK_KIND_SERVER_EPILOGUE, jobId: ended, node: '' }, md(ctl.hookToken));
+    await waitFor(async () => (await all()).includes(ended), { what: `job ${ended} recorded by the epilogue hook` });
+  });
+
   it('lifecycle - the spec is placed and created on the job hosts when OAR runs it; the prologue wait sees it ready; the end releases every host', async () => {
     const job = await callUnary(
       c.jobs.reserve.bind(c.jobs),

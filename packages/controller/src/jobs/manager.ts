@@ -71,9 +71,11 @@ export class JobManager {
 
   /**
    * Brings the job in line with OAR's current state: records it, starts its instances
-   * while it holds its resources, tears it down once it ended. Idempotent.
+   * while it holds its resources, tears it down once it ended. Idempotent. With
+   * `liveOnly`, a job the store does not know yet is recorded only while OAR has not
+   * ended it: a read of an old job id must not fill the store with OAR's history.
    */
-  async sync(jobId: number, opts: { logId?: number } = {}): Promise<'not-ours' | 'start' | 'teardown' | 'none'> {
+  async sync(jobId: number, opts: { logId?: number; liveOnly?: boolean } = {}): Promise<'not-ours' | 'start' | 'teardown' | 'none'> {
     return this.locks.run(jobId, async () => {
       const facts = await this.o.oar.job(jobId);
       let job = this.o.store.getJob(jobId);
@@ -91,6 +93,8 @@ export class JobManager {
           return 'not-ours';
         }
       }
+      // Nothing ever ran for a job that ended before we heard of it: nothing to record or undo.
+      if (!job && opts.liveOnly && jobStateOf(facts.state) === 'ended') return 'not-ours';
       job = this.record(job, facts, cloud?.specId ?? job?.specId ?? '', opts.logId);
       if (job.state === 'ended') {
         if (!job.releasedAtMs) await this.teardownLocked(job, `OAR state ${facts.state}`);

@@ -11,9 +11,9 @@ import type { ServiceDeps } from './deps.js';
 /** A job the caller may see (their own, or any for an admin); NotFoundError otherwise. */
 export async function visibleJob(d: ServiceDeps, caller: Caller, id: number): Promise<JobRecord> {
   let job = d.store.getJob(id);
-  // A cloud job submitted with plain oarsub that no event brought yet: look at OAR.
+  // A live cloud job submitted with plain oarsub that no event brought yet: look at OAR.
   if (!job) {
-    await d.jobs.sync(id).catch(() => undefined);
+    await d.jobs.sync(id, { liveOnly: true }).catch(() => undefined);
     job = d.store.getJob(id);
   }
   if (!job || (job.owner !== caller.name && caller.role !== 'admin')) throw new NotFoundError(`no job ${id}`);
