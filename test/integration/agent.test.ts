@@ -248,6 +248,12 @@ describe.skipIf(!p.ok)('agent - real libvirt, cgroups and overlays', () => {
     expect(readFileSync(`/sys/fs/cgroup/cpuset${cpusetPath}/cpuset.cpus`, 'utf8').trim()).toBe('1');
     // User namespace: root inside is uid 100000 outside.
     expect(readFileSync(`/proc/${pid}/uid_map`, 'utf8').trim().split(/\s+/)).toEqual(['0', '100000', '65536']);
+    // Dropped capabilities are out of the bounding set; what sshd needs stays.
+    const bounding = BigInt(`0x${/CapBnd:\s*([0-9a-f]+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]}`);
+    const has = (bit: number) => (bounding >> BigInt(bit)) & 1n;
+    const CAP = { chown: 0, kill: 5, setgid: 6, setuid: 7, net_bind_service: 10, sys_module: 16, sys_rawio: 17, sys_chroot: 18, sys_pacct: 20, sys_time: 25, mknod: 27, audit_control: 30, mac_override: 32, mac_admin: 33, syslog: 34, wake_alarm: 35, block_suspend: 36 } as const;
+    for (const c of ['sys_module', 'sys_rawio', 'sys_pacct', 'sys_time', 'mknod', 'audit_control', 'mac_override', 'mac_admin', 'syslog', 'wake_alarm', 'block_suspend'] as const) expect(has(CAP[c]), `CapBnd has ${c}`).toBe(0n);
+    for (const c of ['chown', 'kill', 'setgid', 'setuid', 'net_bind_service', 'sys_chroot'] as const) expect(has(CAP[c]), `CapBnd lacks ${c}`).toBe(1n);
     // Its own network namespace.
     expect(sh('readlink', [`/proc/${pid}/ns/net`])).not.toBe(sh('readlink', ['/proc/self/ns/net']));
     await call.destroy(s.id);

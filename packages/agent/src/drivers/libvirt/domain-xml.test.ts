@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { InvalidArgumentError } from '@oarcloud/common';
 import { OARCLOUD_METADATA_NS, type DomainSpec } from '../runtime.js';
-import { domainXml, escapeXml, metadataXml, parseMetadata } from './domain-xml.js';
+import { domainXml, DROPPED_CAPABILITIES, escapeXml, metadataXml, parseMetadata } from './domain-xml.js';
 
 const base: DomainSpec = {
   instanceId: 'i-0123456789ab',
@@ -24,7 +24,9 @@ describe('domainXml', () => {
     expect(xml).toContain("<memory unit='KiB'>524288</memory>");
     expect(xml).toContain("<vcpu placement='static' cpuset='0-1'>2</vcpu>");
     expect(xml).toContain('<os>\n    <type>exe</type>\n    <init>/sbin/init</init>\n  </os>');
-    expect(xml).toContain('<features><privnet/></features>');
+    expect(xml).toContain("<features><privnet/><capabilities policy='default'>");
+    for (const c of DROPPED_CAPABILITIES) expect(xml).toContain(`<${c} state='off'/>`);
+    expect(xml).not.toMatch(/<(setuid|setgid|chown|sys_chroot|net_bind_service|kill|sys_boot) state/);
     expect(xml).toContain("<filesystem type='mount'>\n      <source dir='/var/lib/oarcloud/instances/i-0123456789ab/merged'/>\n      <target dir='/'/>");
     expect(xml).toContain("<console type='pty'/>");
     for (const ev of ['on_poweroff', 'on_reboot', 'on_crash']) expect(xml).toContain(`<${ev}>destroy</${ev}>`);
@@ -65,7 +67,7 @@ describe('domainXml', () => {
       ].join('\n'),
     );
     expect(xml).toContain("<console type='pty'><log file='/var/log/oarcloud/i-0123456789ab.console' append='on'/></console>");
-    expect(xml).toContain('<features><privnet/></features>');
+    expect(xml).toContain('<features><privnet/><capabilities');
   });
 
   it('domain xml - escapes what it writes', () => {

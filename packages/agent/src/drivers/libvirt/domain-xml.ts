@@ -10,9 +10,34 @@
  *   pty into a log (instances/console.ts), and does not set `consoleLog`.
  * - Every name and path is validated (InvalidArgumentError) before any XML is produced,
  *   and every value is escaped anyway.
+ * - `<capabilities policy='default'>` keeps libvirt's own drops (sys_module, sys_time,
+ *   mknod, audit_control, mac_admin) and drops DROPPED_CAPABILITIES from the bounding set
+ *   too, so even a process that gets root in the instance cannot get them back.
  */
 import { InvalidArgumentError, parseCpuset } from '@oarcloud/common';
 import { domainName, OARCLOUD_METADATA_NS, type DomainInterface, type DomainLimits, type DomainSpec } from '../runtime.js';
+
+/**
+ * Capabilities no instance needs (sshd, package managers, services run without them); most
+ * only reach the host's kernel, so the user namespace already makes them void: dropping them
+ * as well keeps a privileged instance (idmap off) or a kernel bug from giving them back.
+ * sys_boot is kept: reboot(2) inside an instance only ends that instance.
+ */
+export const DROPPED_CAPABILITIES = [
+  'audit_control',
+  'block_suspend',
+  'mac_admin',
+  'mac_override',
+  'mknod',
+  'sys_module',
+  'sys_pacct',
+  'sys_rawio',
+  'sys_time',
+  'syslog',
+  'wake_alarm',
+] as const;
+
+const FEATURES_XML = `  <features><privnet/><capabilities policy='default'>${DROPPED_CAPABILITIES.map((c) => `<${c} state='off'/>`).join('')}</capabilities></features>`;
 
 /** Instance ids and node names: what may appear in a domain name and a file name. */
 const SAFE_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/;
@@ -181,7 +206,7 @@ export function domainXml(spec: DomainSpec): string {
           `  </idmap>`,
         ]
       : []),
-    `  <features><privnet/></features>`,
+    FEATURES_XML,
     `  <on_poweroff>destroy</on_poweroff>`,
     `  <on_reboot>destroy</on_reboot>`,
     `  <on_crash>destroy</on_crash>`,
