@@ -5,12 +5,16 @@
  * layers it lacks from the controller; the changes are there, and so is what the first job
  * wrote to a volume. Another user can neither see nor run the private image, nor mount the
  * volume (NOT_FOUND). In-use images and volumes cannot be deleted; bad names are refused.
+ * A Debian package (built here with dpkg-deb) installed with dpkg in a debian:12 instance
+ * is installed in the image saved from it, run on the other node.
  *
  * Changes inside instances are made from the host with `nsenter -t <init pid> -a` (every
  * namespace of the instance, its user namespace too, so files belong to the container's root).
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { credentials, status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -42,6 +46,8 @@ describe.skipIf(!p.ok)('images e2e - save, distribute and run images; volumes ac
   const savedName = `mytiny:${tag}`;
   const volName = `data-${tag}`;
   const marker = `saved-${tag}`;
+  const debName = `mydebian:${tag}`;
+  const debDir = mkdtempSync(join(tmpdir(), 'oc-e2e-deb-'));
   let alice = '';
   let bob = '';
   const as = (token: string) => ({ metadata: bearer(token), timeoutMs: 60_000 });
@@ -57,10 +63,11 @@ describe.skipIf(!p.ok)('images e2e - save, distribute and run images; volumes ac
     });
     return id;
   };
-  const runOne = async (token: string, jobId: number, image: string, name: string): Promise<Instance> => {
+  const runOne = async (token: string, jobId: number, image: string, name: string, withVolume = true): Promise<Instance> => {
+    const mounts = withVolume ? [{ volumeId: volName, path: '/data', readOnly: false }] : [];
     const res = await callUnary(
       inst.runInstances.bind(inst),
-      { jobId, spec: { image, count: 1, vcpus: 1, memoryMib: 64, sshAuthorizedKeys: [], namePrefix: name, volumes: { mounts: [{ volumeId: volName, path: '/data', readOnly: false }] } }, networks: [], idempotencyKey: '' },
+      { jobId, spec: { image, count: 1, vcpus: 1, memoryMib: 256, sshAuthorizedKeys: [], namePrefix: name, volumes: { mounts } }, networks: [], idempotencyKey: '' },
       as(token),
     );
     const id = res.instances[0]!.spec!.id;
@@ -90,7 +97,8 @@ describe.skipIf(!p.ok)('images e2e - save, distribute and run images; volumes ac
   afterAll(async () => {
     for (const j of jobIds) spawnSync('oardel', [String(j.id)], { timeout: 20_000 });
     await new Promise((r) => setTimeout(r, 3000));
-    await callUnary(images.deleteImage.bind(images), { name: savedName }, as(alice)).catch(() => undefined);
+    for (const name of [savedName, debName]) await callUnary(images.deleteImage.bind(images), { name }, as(alice)).catch(() => undefined);
+    rmSync(debDir, { recursive: true, force: true });
     await callUnary(volumes.deleteVolume.bind(volumes), { id: volName }, as(alice)).catch(() => undefined);
     for (const x of [jobs, inst, images, volumes, ...Object.values(agents)]) x.close();
   });
@@ -189,4 +197,38 @@ describe.skipIf(!p.ok)('images e2e - save, distribute and run images; volumes ac
     await callUnary(volumes.deleteVolume.bind(volumes), { id: volName }, as(alice));
     expect(existsSync(`${STATE}/volumes/${vol.id}`)).toBe(false);
   });
+
+  it('images - a Debian package installed with dpkg in a debian:12 instance is in the image saved from it, run on another node', async () => {
+    // A real package, built here with dpkg-deb (no network needed), installed inside with dpkg.
+    const pkg = `oarcloud-e2e-${tag}`;
+    const root = join(debDir, 'pkg');
+    mkdirSync(join(root, 'DEBIAN'), { recursive: true });
+    mkdirSync(join(root, 'usr', 'bin'), { recursive: true });
+    writeFileSync(join(root, 'DEBIAN', 'control'), `Package: ${pkg}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: oarcloud tests <tests@oarcloud.invalid>\nDescription: oarcloud e2e test package\n`);
+    writeFileSync(join(root, 'usr', 'bin', pkg), `#!/bin/sh\necho installed ${tag}\n`, { mode: 0o755 });
+    const deb = join(debDir, `${pkg}.deb`);
+    const built = spawnSync('dpkg-deb', ['--root-owner-group', '--build', root, deb], { encoding: 'utf8', timeout: 30_000 });
+    expect(built.status, built.stderr).toBe(0);
+
+    const job1 = await runningJob('alice', alice, 'node-1');
+    const i1 = await runOne(alice, job1, 'debian:12', 'deb', false);
+    const pid1 = await initPid('node-1', i1.spec!.id);
+    const copy = spawnSync('nsenter', ['-t', String(pid1), '-a', '--', '/bin/sh', '-c', `cat > /tmp/${pkg}.deb`], { input: readFileSync(deb), timeout: 20_000 });
+    expect(copy.status, String(copy.stderr)).toBe(0);
+    const install = inInstance(pid1, `set -e; dpkg -i /tmp/${pkg}.deb >/dev/null; rm /tmp/${pkg}.deb; ${pkg}`);
+    expect(install.status, install.stderr).toBe(0);
+    expect(install.stdout.trim()).toBe(`installed ${tag}`);
+    const saved = await callUnary(images.saveInstance.bind(images), { instanceId: i1.spec!.id, name: debName }, as(alice));
+    expect(saved).toMatchObject({ name: debName, owner: 'alice', public: false, parent: 'debian:12' });
+    await release(job1, alice);
+
+    const job2 = await runningJob('alice', alice, 'node-2');
+    const i2 = await runOne(alice, job2, debName, 'deb2', false);
+    expect(i2.node).toBe('node-2');
+    const check = inInstance(await initPid('node-2', i2.spec!.id), `dpkg-query -W -f '\${Status} \${Version}\\n' ${pkg}; ${pkg}; test -e /tmp/${pkg}.deb || echo no-deb`);
+    expect(check.status, check.stderr).toBe(0);
+    expect(check.stdout.split('\n')).toEqual(['install ok installed 1.0-1', `installed ${tag}`, 'no-deb', '']);
+    await release(job2, alice);
+    await callUnary(images.deleteImage.bind(images), { name: debName }, as(alice));
+  }, 240_000);
 });
