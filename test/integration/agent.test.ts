@@ -371,6 +371,41 @@ describe.skipIf(!p.ok)('agent - real libvirt, cgroups and overlays', () => {
     }
   });
 
+  it('agent - heartbeats carry each running instance’s CPU time and memory, read from its cgroup', async () => {
+    const nc = await connect({ servers: 'nats://127.0.0.1:14222', timeout: 3000 });
+    try {
+      const s = spec({ memoryMib: 96 });
+      knownIds.push(s.id);
+      const inst = await call.create(s);
+      /** The first heartbeat (within 10 s) whose metrics satisfy `pick`. */
+      const nextBeat = async <T>(pick: (hb: NodeHeartbeat) => T | undefined): Promise<T | undefined> => {
+        const sub = nc.subscribe(subjects.node(node));
+        const timer = setTimeout(() => sub.unsubscribe(), 10_000);
+        try {
+          for await (const m of sub) {
+            const v = pick(NodeHeartbeat.decode(m.data));
+            if (v !== undefined) return v;
+          }
+          return undefined;
+        } finally {
+          clearTimeout(timer);
+          sub.unsubscribe();
+        }
+      };
+      const mine = await nextBeat((hb) => hb.instanceMetrics.find((x) => x.instanceId === s.id));
+      expect(mine, 'a heartbeat listing the instance').toBeDefined();
+      const cpuNow = cgroupNumber(cgroupDirOf(inst.initPid, 'cpuacct'), 'cpuacct.usage') / 1e9;
+      expect(mine!.cpuSeconds).toBeGreaterThan(0);
+      expect(mine!.cpuSeconds).toBeLessThanOrEqual(cpuNow);
+      expect(mine!.memoryBytes).toBeGreaterThan(0);
+      expect(mine!.memoryBytes).toBeLessThanOrEqual(96 * 1024 * 1024);
+      await call.destroy(s.id);
+      expect(await nextBeat((hb) => (hb.instanceMetrics.some((x) => x.instanceId === s.id) ? undefined : true))).toBe(true);
+    } finally {
+      await nc.close();
+    }
+  });
+
   it('destroy leaves no domain, overlay mount, cgroup or folder; a second destroy is a no-op', async () => {
     const s = spec();
     knownIds.push(s.id);

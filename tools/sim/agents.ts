@@ -103,7 +103,7 @@ export async function startSimFarm(o: { names: string[]; natsUrl: string; heartb
           return cur;
         }
         const now = Date.now();
-        const inst: Instance = { spec, node: n.name, state: InstanceState.INSTANCE_STATE_CREATING, reason: '', createdAtMs: now, updatedAtMs: now, initPid: 0 };
+        const inst: Instance = { spec, node: n.name, state: InstanceState.INSTANCE_STATE_CREATING, reason: '', createdAtMs: now, updatedAtMs: now, initPid: 0, usage: undefined };
         publish(n, inst);
         inst.state = InstanceState.INSTANCE_STATE_RUNNING;
         inst.initPid = 1000 + n.instances.size;

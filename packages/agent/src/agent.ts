@@ -8,7 +8,7 @@ import type { Registry } from 'prom-client';
 import { AgentServiceService, AGENT_SERVICES } from '@oarcloud/api';
 import { controllerChannelCredentials, errFields, GrpcServer, InvalidArgumentError, loadTlsMaterial, mtlsServerCredentials, requirePeerRole, startEventPublisher, type Logger, type TlsMaterial } from '@oarcloud/common';
 import type { AgentConfig } from './config.js';
-import { HostCgroups, type CgroupManager } from './drivers/cgroups/index.js';
+import { cgroupUsageOf, HostCgroups, type CgroupManager, type CgroupUsage } from './drivers/cgroups/index.js';
 import { DirLayerStore, OverlayRootfs, type LayerStore, type RootfsManager } from './drivers/images/index.js';
 import { LibvirtRuntime } from './drivers/libvirt/runtime.js';
 import type { ContainerRuntime } from './drivers/runtime.js';
@@ -56,6 +56,8 @@ export interface AgentDrivers {
   layerSource?: LayerSource & { close(): void };
   /** The node's size, when not this machine's (os.cpus(), os.totalmem()). */
   host?: { cpus: number; memoryMib: number };
+  /** CPU and memory use of a running instance, from its init's pid (absent: not reported). */
+  usage?: (initPid: number) => Promise<CgroupUsage>;
 }
 
 async function realDrivers(config: AgentConfig, tls: TlsMaterial | undefined, log: Logger): Promise<AgentDrivers> {
@@ -83,6 +85,7 @@ async function realDrivers(config: AgentConfig, tls: TlsMaterial | undefined, lo
       store: new FileNetworkStateStore(config.stateDir),
     },
     layerSource,
+    usage: cgroupUsageOf,
   };
 }
 
@@ -92,7 +95,7 @@ export async function startAgent(config: AgentConfig, deps: { log: Logger; regis
   const tls = config.tls ? loadTlsMaterial(config.tls) : undefined;
   if (config.controllerTls && !tls) throw new InvalidArgumentError('controllerTls needs tls: its CA checks the controller certificate');
   const idmapBase = config.idmapBase;
-  const { records, layers, rootfs, cgroups, runtime, layerSource, network: nd, host } = deps.drivers ?? (await realDrivers(config, tls, log));
+  const { records, layers, rootfs, cgroups, runtime, layerSource, network: nd, host, usage } = deps.drivers ?? (await realDrivers(config, tls, log));
   const images = new ImageCache({
     layers,
     source: layerSource,
@@ -167,7 +170,7 @@ export async function startAgent(config: AgentConfig, deps: { log: Logger; regis
   });
   const timer = setInterval(() => void reconcile().catch((err: unknown) => log.error('reconcile failed', errFields(err))), config.reconcileMs);
   const stopHeartbeat = startHeartbeat(
-    { node: config.nodeName, datapath: config.datapath, underlayIp: config.underlayIp, agentVersion: AGENT_VERSION, libvirtVersion, instances: () => manager.list() },
+    { node: config.nodeName, datapath: config.datapath, underlayIp: config.underlayIp, agentVersion: AGENT_VERSION, libvirtVersion, instances: () => manager.list(), usage },
     publisher,
     config.heartbeatMs,
   );

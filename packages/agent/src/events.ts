@@ -4,7 +4,7 @@
  */
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import si from 'systeminformation';
-import { InstanceEvent, NodeHeartbeat } from '@oarcloud/api';
+import { InstanceEvent, NodeHeartbeat, type InstanceMetrics } from '@oarcloud/api';
 import { subjects, type EventPublisher } from '@oarcloud/common';
 import type { InstanceEventSink, InstanceRecord } from './instances/model.js';
 import { stateToProto } from './server/convert.js';
@@ -39,6 +39,22 @@ export interface HeartbeatSource {
   agentVersion: string;
   libvirtVersion: string;
   instances(): InstanceRecord[];
+  /** CPU and memory use of a running instance from its init's pid (absent: none reported). */
+  usage?: (initPid: number) => Promise<{ cpuSeconds: number; memoryBytes: number }>;
+}
+
+/** Usage of every running instance that has an init; one that cannot be read is left out. */
+async function instanceMetrics(running: readonly InstanceRecord[], usage: HeartbeatSource['usage']): Promise<InstanceMetrics[]> {
+  if (!usage) return [];
+  const all = await Promise.all(
+    running
+      .filter((r) => r.initPid > 1)
+      .map(async (r) => {
+        const u = await usage(r.initPid).catch(() => undefined);
+        return u && { instanceId: r.spec.id, cpuSeconds: u.cpuSeconds, memoryBytes: u.memoryBytes };
+      }),
+  );
+  return all.filter((m) => m !== undefined);
 }
 
 /** Publishes a heartbeat now and every `intervalMs`; returns a stop function. */
@@ -47,6 +63,7 @@ export function startHeartbeat(src: HeartbeatSource, publisher: EventPublisher, 
     // `active` leaves out reclaimable caches: what instances and daemons really use.
     const mem = await si.mem().catch(() => undefined);
     const running = src.instances().filter((r) => r.state === 'running');
+    const metrics = await instanceMetrics(running, src.usage);
     const msg = NodeHeartbeat.encode({
       info: {
         name: src.node,
@@ -63,7 +80,7 @@ export function startHeartbeat(src: HeartbeatSource, publisher: EventPublisher, 
       instances: running.length,
       vcpusUsed: running.reduce((n, r) => n + r.spec.vcpus, 0),
       atMs: Date.now(),
-      instanceMetrics: [],
+      instanceMetrics: metrics,
     }).finish();
     publisher.publish(subjects.node(src.node), msg);
   };

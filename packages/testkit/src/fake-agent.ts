@@ -119,7 +119,7 @@ export async function startFakeAgent(node: string, opts: { listen?: string } = {
         return cur;
       }
       const now = Date.now();
-      const inst: Instance = { spec, node, state: InstanceState.INSTANCE_STATE_RUNNING, reason: '', createdAtMs: now, updatedAtMs: now, initPid: 4242 };
+      const inst: Instance = { spec, node, state: InstanceState.INSTANCE_STATE_RUNNING, reason: '', createdAtMs: now, updatedAtMs: now, initPid: 4242, usage: undefined };
       instances.set(spec.id, inst);
       return inst;
     }),

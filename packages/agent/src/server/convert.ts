@@ -71,5 +71,7 @@ export function instanceToProto(rec: InstanceRecord, node: string): pb.Instance 
     createdAtMs: rec.createdAtMs,
     updatedAtMs: rec.updatedAtMs,
     initPid: rec.initPid,
+    // Usage goes to the controller in heartbeats (NATS), not in the agent API.
+    usage: undefined,
   };
 }

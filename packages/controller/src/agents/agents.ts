@@ -68,6 +68,17 @@ export interface HeartbeatFacts {
   instances: number;
   vcpusUsed: number;
   memoryUsedBytes: number;
+  /** Use of the node's running instances (cgroup figures); absent: none reported. */
+  instanceMetrics?: ReadonlyArray<{ instanceId: string; cpuSeconds: number; memoryBytes: number }>;
+}
+
+/** What a running instance used at its node's last heartbeat. */
+export interface InstanceUsage {
+  cpuSeconds: number;
+  /** Percent of one core between the node's last two heartbeats that carried the instance. */
+  cpuPercent: number;
+  memoryBytes: number;
+  atMs: number;
 }
 
 export interface Agents {
@@ -77,5 +88,7 @@ export interface Agents {
   get(node: string): AgentPort | undefined;
   health(): NodeHealth[];
   heartbeat(h: HeartbeatFacts): void;
+  /** The instance's use at the last heartbeat of its node that listed it; undefined: none. */
+  usage(instanceId: string): InstanceUsage | undefined;
   close(): void;
 }

@@ -8,7 +8,8 @@ import { AgentServiceClient, InstanceState, type Instance } from '@oarcloud/api'
 import { Duplex, Transform, type Readable } from 'node:stream';
 import { callUnary, errFields, fromGrpcError, OarcloudError, tlsChannelOptions, UnavailableError, type Logger } from '@oarcloud/common';
 import type { ActualInstance, AgentInstanceSpec, ReportedState } from '../domain.js';
-import type { AgentPort, Agents, HeartbeatFacts, NodeHealth } from './agents.js';
+import type { AgentPort, Agents, HeartbeatFacts, InstanceUsage, NodeHealth } from './agents.js';
+import { UsageBook } from './usage.js';
 
 export interface AgentEndpoint {
   name: string;
@@ -239,6 +240,7 @@ class GrpcAgent implements AgentPort {
 
 export class GrpcAgents implements Agents {
   private readonly byNode = new Map<string, GrpcAgent>();
+  private readonly usages = new UsageBook();
 
   constructor(endpoints: readonly AgentEndpoint[], o: GrpcAgentsOptions) {
     for (const e of endpoints) this.byNode.set(e.name, new GrpcAgent(e.name, e.address, o));
@@ -268,6 +270,11 @@ export class GrpcAgents implements Agents {
       vcpusUsed: h.vcpusUsed,
       memoryUsedBytes: h.memoryUsedBytes,
     });
+    if (h.instanceMetrics) this.usages.record(h.node, h.atMs, h.instanceMetrics);
+  }
+
+  usage(instanceId: string): InstanceUsage | undefined {
+    return this.usages.get(instanceId);
   }
 
   close(): void {

@@ -43,6 +43,7 @@ export function startEventConsumer(o: { url: string; log: Logger; jobs: JobManag
       instances: hb.instances,
       vcpusUsed: hb.vcpusUsed,
       memoryUsedBytes: hb.memoryUsedBytes,
+      instanceMetrics: hb.instanceMetrics,
     });
   };
   const consume = async (sub: Subscription, fn: (d: Uint8Array) => void): Promise<void> => {

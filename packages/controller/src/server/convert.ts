@@ -14,7 +14,7 @@ import {
   type User as PbUser,
 } from '@oarcloud/api';
 import { checkName, InvalidArgumentError } from '@oarcloud/common';
-import type { NodeHealth } from '../agents/agents.js';
+import type { InstanceUsage, NodeHealth } from '../agents/agents.js';
 import type { AgentNetworkAttachment, InstanceRecord, JobRecord, JobState, LaunchRequest, Role, UserRecord } from '../domain.js';
 
 const IMAGE_RE = /^[a-z0-9][a-z0-9._/-]{0,127}(:[A-Za-z0-9._-]{1,64})?$/;
@@ -59,7 +59,7 @@ function instanceState(i: InstanceRecord): InstanceState {
   }
 }
 
-export function instanceToProto(i: InstanceRecord, job: JobRecord | undefined, networks: AgentNetworkAttachment[] = []): PbInstance {
+export function instanceToProto(i: InstanceRecord, job: JobRecord | undefined, networks: AgentNetworkAttachment[] = [], usage?: InstanceUsage): PbInstance {
   return {
     spec: {
       id: i.id,
@@ -81,6 +81,8 @@ export function instanceToProto(i: InstanceRecord, job: JobRecord | undefined, n
     createdAtMs: i.createdAtMs,
     updatedAtMs: i.updatedAtMs,
     initPid: 0,
+    // Only while it runs: the figures of a stopped instance would be stale.
+    usage: usage && i.reported === 'running' ? { ...usage } : undefined,
   };
 }
 

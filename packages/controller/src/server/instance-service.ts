@@ -28,7 +28,7 @@ export function visibleInstance(d: ServiceDeps, caller: Caller, idOrName: string
 }
 
 export function instanceServiceImpl(d: ServiceDeps): InstanceServiceServer {
-  const out = (i: InstanceRecord) => instanceToProto(i, d.store.getJob(i.jobId), d.networks.attachmentsOf(i.id));
+  const out = (i: InstanceRecord) => instanceToProto(i, d.store.getJob(i.jobId), d.networks.attachmentsOf(i.id), d.agents.usage(i.id));
   return withUnimplemented<InstanceServiceServer>(InstanceServiceService, {
     runInstances: d.grpc.unary('RunInstances', async (req, ctx) => {
       const caller = d.auth.caller(ctx);

@@ -144,6 +144,23 @@ export interface Instance {
   updatedAtMs: number;
   /** Host pid of the instance's init, 0 when not running. */
   initPid: number;
+  /**
+   * What the instance used at its node's last heartbeat (cloud API only; unset until a
+   * running instance has been seen in one).
+   */
+  usage: InstanceUsage | undefined;
+}
+
+/** Resource use of a running instance, read from its cgroup by its agent. */
+export interface InstanceUsage {
+  /** CPU time used since it started, seconds. */
+  cpuSeconds: number;
+  /** CPU used between the node's last two heartbeats, percent of one core (200 = two cores busy). */
+  cpuPercent: number;
+  /** Memory charged to its cgroup, page cache included, bytes. */
+  memoryBytes: number;
+  /** When its node measured it (agent clock), ms since the epoch. */
+  atMs: number;
 }
 
 /** Facts about a node, as its agent sees them. */
@@ -891,7 +908,16 @@ export const VolumeMount: MessageFns<VolumeMount> = {
 };
 
 function createBaseInstance(): Instance {
-  return { spec: undefined, node: "", state: 0, reason: "", createdAtMs: 0, updatedAtMs: 0, initPid: 0 };
+  return {
+    spec: undefined,
+    node: "",
+    state: 0,
+    reason: "",
+    createdAtMs: 0,
+    updatedAtMs: 0,
+    initPid: 0,
+    usage: undefined,
+  };
 }
 
 export const Instance: MessageFns<Instance> = {
@@ -916,6 +942,9 @@ export const Instance: MessageFns<Instance> = {
     }
     if (message.initPid !== 0) {
       writer.uint32(56).int64(message.initPid);
+    }
+    if (message.usage !== undefined) {
+      InstanceUsage.encode(message.usage, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -989,6 +1018,14 @@ export const Instance: MessageFns<Instance> = {
             message.initPid = longToNumber(reader.int64());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.usage = InstanceUsage.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1022,6 +1059,7 @@ export const Instance: MessageFns<Instance> = {
         : isSet(object.init_pid)
         ? globalThis.Number(object.init_pid)
         : 0,
+      usage: isSet(object.usage) ? InstanceUsage.fromJSON(object.usage) : undefined,
     };
   },
 
@@ -1048,6 +1086,9 @@ export const Instance: MessageFns<Instance> = {
     if (message.initPid !== 0) {
       obj.initPid = Math.round(message.initPid);
     }
+    if (message.usage !== undefined) {
+      obj.usage = InstanceUsage.toJSON(message.usage);
+    }
     return obj;
   },
 
@@ -1065,6 +1106,142 @@ export const Instance: MessageFns<Instance> = {
     message.createdAtMs = object.createdAtMs ?? 0;
     message.updatedAtMs = object.updatedAtMs ?? 0;
     message.initPid = object.initPid ?? 0;
+    message.usage = (object.usage !== undefined && object.usage !== null)
+      ? InstanceUsage.fromPartial(object.usage)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseInstanceUsage(): InstanceUsage {
+  return { cpuSeconds: 0, cpuPercent: 0, memoryBytes: 0, atMs: 0 };
+}
+
+export const InstanceUsage: MessageFns<InstanceUsage> = {
+  encode(message: InstanceUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cpuSeconds !== 0) {
+      writer.uint32(9).double(message.cpuSeconds);
+    }
+    if (message.cpuPercent !== 0) {
+      writer.uint32(17).double(message.cpuPercent);
+    }
+    if (message.memoryBytes !== 0) {
+      writer.uint32(24).uint64(message.memoryBytes);
+    }
+    if (message.atMs !== 0) {
+      writer.uint32(32).int64(message.atMs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InstanceUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInstanceUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.cpuSeconds = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.cpuPercent = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.memoryBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.atMs = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InstanceUsage {
+    return {
+      cpuSeconds: isSet(object.cpuSeconds)
+        ? globalThis.Number(object.cpuSeconds)
+        : isSet(object.cpu_seconds)
+        ? globalThis.Number(object.cpu_seconds)
+        : 0,
+      cpuPercent: isSet(object.cpuPercent)
+        ? globalThis.Number(object.cpuPercent)
+        : isSet(object.cpu_percent)
+        ? globalThis.Number(object.cpu_percent)
+        : 0,
+      memoryBytes: isSet(object.memoryBytes)
+        ? globalThis.Number(object.memoryBytes)
+        : isSet(object.memory_bytes)
+        ? globalThis.Number(object.memory_bytes)
+        : 0,
+      atMs: isSet(object.atMs)
+        ? globalThis.Number(object.atMs)
+        : isSet(object.at_ms)
+        ? globalThis.Number(object.at_ms)
+        : 0,
+    };
+  },
+
+  toJSON(message: InstanceUsage): unknown {
+    const obj: any = {};
+    if (message.cpuSeconds !== 0) {
+      obj.cpuSeconds = floatToJson(message.cpuSeconds);
+    }
+    if (message.cpuPercent !== 0) {
+      obj.cpuPercent = floatToJson(message.cpuPercent);
+    }
+    if (message.memoryBytes !== 0) {
+      obj.memoryBytes = Math.round(message.memoryBytes);
+    }
+    if (message.atMs !== 0) {
+      obj.atMs = Math.round(message.atMs);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InstanceUsage>, I>>(base?: I): InstanceUsage {
+    return InstanceUsage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InstanceUsage>, I>>(object: I): InstanceUsage {
+    const message = createBaseInstanceUsage();
+    message.cpuSeconds = object.cpuSeconds ?? 0;
+    message.cpuPercent = object.cpuPercent ?? 0;
+    message.memoryBytes = object.memoryBytes ?? 0;
+    message.atMs = object.atMs ?? 0;
     return message;
   },
 };
@@ -1698,6 +1875,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
