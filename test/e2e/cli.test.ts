@@ -114,7 +114,7 @@ describe.skipIf(!p.ok)('cli e2e - alice drives her instances with the oarcloud c
 
     // show, human and --json.
     expect(ok(alice(['show', 'web-1'])).stdout).toMatch(
-      new RegExp(`^id: +${byName('web-1').id}\nname: +web-1\njob: +${jobId}\nowner: +alice\nnode: +${byName('web-1').node}\nstate: +running\nimage: +tiny:latest\ncpus: +1 \\(job cpuset [0-9,-]+\\)\nmemory: +128M\ncreated: +\\S+ \\(\\S+ ago\\)\nssh: +oarcloud ssh web-1\n$`),
+      new RegExp(`^id: +${byName('web-1').id}\nname: +web-1\njob: +${jobId}\nowner: +alice\nnode: +${byName('web-1').node}\nstate: +running\nimage: +tiny:latest\ncpus: +1 \\(job cpuset [0-9,-]+\\)\nmemory: +128M\n(usage: +cpu [0-9.]+%, memory [0-9.]+[BKMG] of 128M \\(\\S+ ago\\)\n)?created: +\\S+ \\(\\S+ ago\\)\nssh: +oarcloud ssh web-1\n$`),
     );
     expect(parse<InstanceJson>(alice(['show', byName('web-1').id, '--json']))).toMatchObject({ id: byName('web-1').id, name: 'web-1', state: 'running', node: byName('web-1').node });
 
@@ -124,6 +124,26 @@ describe.skipIf(!p.ok)('cli e2e - alice drives her instances with the oarcloud c
     expect(ssh.code).toBe(0);
     expect(ssh.stdout).toBe('web-1\n');
     expect(alice(['ssh', 'web-2', '--', 'exit 42']).code).toBe(42);
+
+    // stats: each running instance's use, from its node's heartbeats (every 5 s here).
+    const measured = await waitFor(
+      () => {
+        const list = parse<Array<InstanceJson & { usage?: { cpuPercent: number; cpuSeconds: number; memoryBytes: number; atMs: number } }>>(alice(['stats', '--json']));
+        return list.length === 3 && list.every((i) => i.usage && i.usage.atMs > 0) ? list : undefined;
+      },
+      { timeoutMs: 30_000, intervalMs: 1000, what: 'usage of the 3 instances' },
+    );
+    for (const i of measured) {
+      expect(i.usage!.cpuSeconds).toBeGreaterThan(0);
+      expect(i.usage!.cpuPercent).toBeGreaterThanOrEqual(0);
+      expect(i.usage!.memoryBytes).toBeGreaterThan(0);
+      expect(i.usage!.memoryBytes).toBeLessThanOrEqual(128 * 2 ** 20);
+    }
+    const stats = ok(alice(['stats', '--job', String(jobId)])).stdout.trimEnd().split('\n');
+    expect(stats[0]).toMatch(/^ID +NAME +NODE +STATE +CPU% +CPUS +CPU TIME +MEMORY +LIMIT +MEASURED$/);
+    for (const i of instances) expect(stats.find((l) => l.startsWith(i.id))).toMatch(new RegExp(`^${i.id}  ${i.name} +${i.node} +running +[0-9.]+ +1 +[0-9.]+s +[0-9.]+[BKMG] +128M +\\S+ ago$`));
+    expect(ok(alice(['show', 'web-1'])).stdout).toMatch(/\nmemory: +128M\nusage: +cpu [0-9.]+%, memory [0-9.]+[BKMG] of 128M \(\S+ ago\)\n/);
+    expectRefused(bob(['stats', '--job', String(jobId)]), 3, `no job ${jobId}`);
 
     // stop: human, then --json.
     expect(ok(alice(['stop', 'web-2'])).stdout).toBe(`stopped web-2 (${byName('web-2').id}): stopped\n`);

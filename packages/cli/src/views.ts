@@ -33,6 +33,16 @@ export interface InstanceView {
   cpuset: string;
   createdAtMs: number;
   updatedAtMs: number;
+  /** What it used at its node's last heartbeat; only while it runs, once measured. */
+  usage?: UsageView;
+}
+
+export interface UsageView {
+  /** Percent of one core between the node's last two heartbeats. */
+  cpuPercent: number;
+  cpuSeconds: number;
+  memoryBytes: number;
+  atMs: number;
 }
 
 export interface UserView {
@@ -106,6 +116,7 @@ export function instanceView(i: Instance): InstanceView {
     cpuset: s?.cpuset ?? '',
     createdAtMs: i.createdAtMs,
     updatedAtMs: i.updatedAtMs,
+    ...(i.usage ? { usage: { cpuPercent: i.usage.cpuPercent, cpuSeconds: i.usage.cpuSeconds, memoryBytes: i.usage.memoryBytes, atMs: i.usage.atMs } } : {}),
   };
 }
 

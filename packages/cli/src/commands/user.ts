@@ -115,9 +115,33 @@ function showInstance(ctx: Ctx, i: InstanceView): string {
     ['image', i.image],
     ['cpus', `${i.vcpus} (job cpuset ${i.cpuset || '-'})`],
     ['memory', mib(i.memoryMib)],
+    ...(i.usage ? [['usage', usageText(i)] as [string, string]] : []),
     ['created', i.createdAtMs ? `${new Date(i.createdAtMs).toISOString()} (${age(i.createdAtMs)} ago)` : '-'],
     ['ssh', `oarcloud ssh ${i.name || i.id}`],
   ]);
+}
+
+/** `cpu 12.5%, memory 3.2M of 128M (2s ago)`: what `show` says of a running instance's use. */
+function usageText(i: InstanceView): string {
+  const u = i.usage!;
+  return `cpu ${u.cpuPercent.toFixed(1)}%, memory ${bytes(u.memoryBytes)} of ${mib(i.memoryMib)} (${age(u.atMs)} ago)`;
+}
+
+/** `oarcloud stats`: one row per instance, its use ('-' until measured, or when not running). */
+export function statsColumns(ctx: Ctx): Array<Column<InstanceView>> {
+  const dash = (i: InstanceView, f: (u: NonNullable<InstanceView['usage']>) => string) => (i.usage ? f(i.usage) : '-');
+  return [
+    { header: 'ID', value: (i) => i.id },
+    { header: 'NAME', value: (i) => i.name },
+    { header: 'NODE', value: (i) => i.node || '-' },
+    { header: 'STATE', value: (i) => i.state, paint: (t) => paintState(t, ctx.out.color) },
+    { header: 'CPU%', value: (i) => dash(i, (u) => u.cpuPercent.toFixed(1)), align: 'right' },
+    { header: 'CPUS', value: (i) => String(i.vcpus), align: 'right' },
+    { header: 'CPU TIME', value: (i) => dash(i, (u) => `${u.cpuSeconds.toFixed(1)}s`), align: 'right' },
+    { header: 'MEMORY', value: (i) => dash(i, (u) => bytes(u.memoryBytes)), align: 'right' },
+    { header: 'LIMIT', value: (i) => mib(i.memoryMib), align: 'right' },
+    { header: 'MEASURED', value: (i) => dash(i, (u) => `${age(u.atMs)} ago`) },
+  ];
 }
 
 /** What an UNIMPLEMENTED answer means to the user. */
@@ -306,6 +330,25 @@ Examples:
       const api = ctx.api();
       const i = instanceView(await api.call(api.instances, api.instances.getInstance, { id: parseInstanceRef(ref) }));
       ctx.out.out(o.json ? json(i) : showInstance(ctx, i));
+    });
+
+  program
+    .command('stats')
+    .description("Show what your running instances use: CPU (percent of one core) and memory, as their nodes measured it")
+    .option('--job <id>', "only this job's instances")
+    .option('--all', "admins: every user's instances")
+    .option('--json', 'print as JSON (the `usage` of an instance is absent until it is measured)')
+    .addHelpText(
+      'after',
+      '\nAgents read each instance\'s cgroup at every heartbeat (a few seconds apart); CPU% is the rate between\nthe last two, 100 = one core busy.\n\nExamples:\n  oarcloud stats\n  oarcloud stats --job 1234 --json | jq \'.[] | {name, mem: .usage.memoryBytes}\'',
+    )
+    .action(async (o: { job?: string; all?: boolean; json?: boolean }) => {
+      const jobId = o.job === undefined ? 0 : parseJobId(o.job, '--job');
+      const api = ctx.api();
+      const list = (await api.call(api.instances, api.instances.listInstances, { jobId, allUsers: !!o.all })).instances.map(instanceView).filter((i) => i.state !== 'deleted');
+      if (o.json) ctx.out.out(json(list));
+      else if (list.length === 0) ctx.out.err('no instances\n');
+      else ctx.out.out(table(list, statsColumns(ctx)));
     });
 
   // ------------------------------------------------------- stop / start / rm
