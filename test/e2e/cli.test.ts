@@ -128,7 +128,7 @@ describe.skipIf(!p.ok)('cli e2e - alice drives her instances with the oarcloud c
     // stats: each running instance's use, from its node's heartbeats (every 5 s here).
     const measured = await waitFor(
       () => {
-        const list = parse<Array<InstanceJson & { usage?: { cpuPercent: number; cpuSeconds: number; memoryBytes: number; atMs: number } }>>(alice(['stats', '--json']));
+        const list = parse<Array<InstanceJson & { usage?: { cpuPercent: number; cpuSeconds: number; memoryBytes: number; atMs: number } }>>(alice(['stats', '--job', String(jobId), '--json']));
         return list.length === 3 && list.every((i) => i.usage && i.usage.atMs > 0) ? list : undefined;
       },
       { timeoutMs: 30_000, intervalMs: 1000, what: 'usage of the 3 instances' },
