@@ -21,6 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InstanceServiceClient, InstanceState, NetworkServiceClient, type Instance } from '@oarcloud/api';
 import { bearer, callUnary } from '@oarcloud/common';
 import {
+  instanceNetPid,
   AGENT_ADDRESSES,
   agentInstancesOf,
   CLUSTER_IMAGE,
@@ -59,7 +60,7 @@ const p = prerequisites('nat e2e', [
 ]);
 
 const run = (cmd: string, args: string[], timeoutMs = 30_000) => spawnSync(cmd, args, { encoding: 'utf8', timeout: timeoutMs });
-const inNet = (pid: number, script: string, timeoutMs = 30_000) => run('nsenter', ['-t', String(pid), '-n', '--', 'sh', '-c', script], timeoutMs);
+const inNet = (pid: number, script: string, timeoutMs = 30_000) => run('nsenter', ['-t', String(instanceNetPid(pid)), '-n', '--', 'sh', '-c', script], timeoutMs);
 const inNode = (node: string, script: string) => run('ip', ['netns', 'exec', NODES[node]!.netns, 'sh', '-c', script]);
 const pingOk = (pid: number, ip: string, count = 2): boolean => inNet(pid, `ping -c ${count} -W 1 -i 0.2 ${ip}`).status === 0;
 const tcpOk = (pid: number, ip: string, port: number): boolean => inNet(pid, `nc -z -w 2 ${ip} ${port}`).status === 0;

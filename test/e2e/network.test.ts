@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InstanceServiceClient, InstanceState, NetworkServiceClient, type ConnectFrame, type Instance } from '@oarcloud/api';
 import { bearer, callUnary } from '@oarcloud/common';
 import {
+  instanceNetPid,
   agentClient,
   agentInstancesOf,
   CLUSTER_IMAGE,
@@ -57,7 +58,7 @@ const p = prerequisites('network e2e', [
 
 const run = (cmd: string, args: string[], timeoutMs = 30_000) => spawnSync(cmd, args, { encoding: 'utf8', timeout: timeoutMs });
 /** Runs a shell command inside the network namespace of the instance whose init is `pid`. */
-const inNet = (pid: number, script: string, timeoutMs = 30_000) => run('nsenter', ['-t', String(pid), '-n', '--', 'sh', '-c', script], timeoutMs);
+const inNet = (pid: number, script: string, timeoutMs = 30_000) => run('nsenter', ['-t', String(instanceNetPid(pid)), '-n', '--', 'sh', '-c', script], timeoutMs);
 const pingOk = (pid: number, ip: string, count = 2): boolean => inNet(pid, `ping -c ${count} -W 1 -i 0.2 ${ip}`).status === 0;
 const tcpOk = (pid: number, ip: string, port: number): boolean => inNet(pid, `nc -z -w 2 ${ip} ${port}`).status === 0;
 const codeOf = (pr: Promise<unknown>): Promise<number> => pr.then(() => status.OK, (e: Error) => (e.cause as { code: number }).code);

@@ -3,7 +3,7 @@
  * tokens, every agent's view of a job, and killing/restarting daemons by their pid files.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { credentials, type ChannelCredentials } from '@grpc/grpc-js';
@@ -143,4 +143,22 @@ export function clusterUp(): void {
 export async function waitServing(address: string): Promise<void> {
   const creds = isAgentAddress(address) ? agentCredentials() : undefined;
   await waitFor(async () => (await grpcHealth(address, '', 1000, creds)) === 'SERVING', { timeoutMs: 30_000, intervalMs: 200, what: `${address} serving` });
+}
+
+/**
+ * `pid` itself, once checked to be in a network namespace other than this process's: tests
+ * that run commands "in an instance's network" with `nsenter -t <pid> -n` must never run
+ * them in the host's, where their traffic could leave the machine.
+ */
+export function instanceNetPid(pid: number): number {
+  const ns = (p: number | 'self') => {
+    try {
+      return readlinkSync(`/proc/${p}/ns/net`);
+    } catch {
+      return undefined;
+    }
+  };
+  const theirs = Number.isInteger(pid) && pid > 1 ? ns(pid) : undefined;
+  if (!theirs || theirs === ns('self')) throw new Error(`pid ${pid} is not an instance's init in a network namespace of its own (refusing to run there)`);
+  return pid;
 }

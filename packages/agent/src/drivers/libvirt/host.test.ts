@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -34,5 +34,23 @@ describe('libvirt host helpers', () => {
     expect(await initPidOf(100, 'oc-i-2', dir)).toBe(0);
     expect(await initPidOf(999, 'oc-i-1', dir)).toBe(0);
     expect(await initPidOf(-1, 'oc-i-1', dir)).toBe(0);
+  });
+
+  it('libvirt host - a child in the controller’s own PID namespace (a helper) is never taken for the init', async () => {
+    dir = mkdtempSync(join(tmpdir(), 'proc-'));
+    mkdirSync(join(dir, '100/task/100'), { recursive: true });
+    writeFileSync(join(dir, '100/cmdline'), ['/usr/lib/libvirt/libvirt_lxc', '--name', 'oc-i-1', ''].join('\0'));
+    const ns = (pid: number, target: string) => {
+      mkdirSync(join(dir, `${pid}/ns`), { recursive: true });
+      symlinkSync(target, join(dir, `${pid}/ns/pid`));
+    };
+    ns(100, 'pid:[4026531836]');
+    ns(300, 'pid:[4026531836]');
+    ns(4242, 'pid:[4026532999]');
+    writeFileSync(join(dir, '100/task/100/children'), '300 4242');
+    expect(await initPidOf(100, 'oc-i-1', dir)).toBe(4242);
+    // Only the helper: no init yet.
+    writeFileSync(join(dir, '100/task/100/children'), '300');
+    expect(await initPidOf(100, 'oc-i-1', dir)).toBe(0);
   });
 });

@@ -10,7 +10,7 @@
  * → /proc/<id>/task/<tid>/children. libvirtd runs in its own mount namespace but in our pid
  * namespace, so these pids are ours.
  */
-import { readdir, readFile, rmdir } from 'node:fs/promises';
+import { readdir, readFile, readlink, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 
 const CGROUP_ROOT = '/sys/fs/cgroup';
@@ -35,10 +35,18 @@ export async function initPidOf(controllerPid: number, name: string, procRoot = 
   } catch {
     return 0;
   }
+  const children: number[] = [];
   for (const tid of tasks) {
-    const children = (await readOr(join(procRoot, String(controllerPid), 'task', tid, 'children')))?.trim();
-    const first = children?.split(/\s+/)[0];
-    if (first && /^\d+$/.test(first)) return Number(first);
+    const list = (await readOr(join(procRoot, String(controllerPid), 'task', tid, 'children')))?.trim();
+    for (const c of list?.split(/\s+/) ?? []) if (/^\d+$/.test(c)) children.push(Number(c));
+  }
+  // The init is the child in a PID namespace of its own: a helper the controller forks
+  // (in the host's namespaces) must never be taken for it, or nsenter would enter the host.
+  const nsOf = (pid: number) => readlink(join(procRoot, String(pid), 'ns', 'pid')).catch(() => undefined);
+  const mine = await nsOf(controllerPid);
+  for (const c of children) {
+    const ns = await nsOf(c);
+    if (mine === undefined || ns === undefined || ns !== mine) return c;
   }
   return 0;
 }
