@@ -49,8 +49,8 @@ describe('libvirt host helpers', () => {
     ns(4242, 'pid:[4026532999]');
     writeFileSync(join(dir, '100/task/100/children'), '300 4242');
     expect(await initPidOf(100, 'oc-i-1', dir)).toBe(4242);
-    // Only the helper: no init yet.
-    writeFileSync(join(dir, '100/task/100/children'), '300');
+    // Only the helper, or a child already gone (its namespace unreadable): no init yet.
+    writeFileSync(join(dir, '100/task/100/children'), '300 777');
     expect(await initPidOf(100, 'oc-i-1', dir)).toBe(0);
   });
 });

@@ -46,7 +46,8 @@ export async function initPidOf(controllerPid: number, name: string, procRoot = 
   const mine = await nsOf(controllerPid);
   for (const c of children) {
     const ns = await nsOf(c);
-    if (mine === undefined || ns === undefined || ns !== mine) return c;
+    // Namespaces unreadable for the controller (a fake /proc): the first child, as before.
+    if (mine === undefined || (ns !== undefined && ns !== mine)) return c;
   }
   return 0;
 }
